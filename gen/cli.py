@@ -58,9 +58,10 @@ def load_and_compile(args):
 
 
 def command_compile(args):
+    model, net = load_and_compile(args)
+    # Imported here so that option and model errors do not wait for Amaranth to load.
     from .verilog import convert
 
-    model, net = load_and_compile(args)
     report = build_report(net, model_path=args.model)
     base = os.path.join(args.output, net.name)
     logger.info("elaborating %s (%d layers)", net.name, len(net.layers))
