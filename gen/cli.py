@@ -85,8 +85,12 @@ def command_evaluate(args):
     dataset = args.dataset or model.training.get("dataset")
     if not dataset:
         raise UsageError(f"{args.model}: the model does not record its data set; pass --dataset")
-    split = load_dataset(dataset)
-    pixels, labels = split.x_test, split.y_test
+    try:
+        data = load_dataset(dataset)
+    except KeyError as error:
+        raise UsageError(f"--dataset: {error.args[0]}") from None
+    pixels = data.test_pixels.reshape((-1,) + tuple(model.input.shape))
+    labels = data.test_labels
     reference = forward_float(model, pixels)
     integer = network_forward(net, pixels)
     float_accuracy = float(np.mean(reference.labels == labels))

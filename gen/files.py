@@ -16,6 +16,10 @@ def write_atomic(path, data):
     try:
         with os.fdopen(handle, mode) as file:
             file.write(data)
+        # mkstemp creates the file with mode 0600; give it the mode open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
         os.replace(temporary, path)
     except BaseException:
         os.unlink(temporary)

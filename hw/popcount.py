@@ -13,20 +13,23 @@ def popcount_width(bits):
 def popcount(value):
     """Count the bits of ``value`` that are 1, with a balanced tree of adders.
 
-    The tree has depth ceil(log2(len(value))). Every intermediate sum is truncated to the
-    width of its largest possible count, so the result is ``unsigned(popcount_width(n))``
-    for an ``n``-bit ``value``, and an empty value counts as ``Const(0, 1)``.
+    The tree has depth ceil(log2(len(value))). The result is
+    ``unsigned(popcount_width(n))`` for an ``n``-bit ``value``, and an empty value counts as
+    ``Const(0, 1)``.
+
+    Pass a signal rather than a larger expression: the tree slices ``value`` once per bit,
+    and Amaranth's Python simulator evaluates a sliced expression anew for every slice.
     """
     value = Value.cast(value)
-    bits = [value[i] for i in range(len(value))]
-    if not bits:
+    if len(value) == 0:
         return Const(0, 1)
-    return _sum_bits(bits)
+    return _sum_bits(value)[:popcount_width(len(value))]
 
 
 def _sum_bits(bits):
+    # Each sum widens by one bit, which is at most one bit more than its count needs, so
+    # only the final result is truncated.
     if len(bits) == 1:
-        return bits[0]
+        return bits
     half = len(bits) // 2
-    total = _sum_bits(bits[:half]) + _sum_bits(bits[half:])
-    return total[:popcount_width(len(bits))]
+    return _sum_bits(bits[:half]) + _sum_bits(bits[half:])

@@ -32,7 +32,7 @@ def test_malformed_model_file(tmp_path, capsys):
     assert main(["compile", str(broken)]) == 2
     error = capsys.readouterr().err
     assert str(broken) in error
-    assert "not a readable .npz archive" in error
+    assert "not a zip archive" in error
 
 
 def test_fold_syntax_error(model_path, capsys):
