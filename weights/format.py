@@ -158,6 +158,10 @@ def save_model(model, path):
     try:
         with os.fdopen(handle, "wb") as file:
             np.savez(file, **arrays)
+        # mkstemp creates the file with mode 0600; give it the mode open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
         os.replace(temporary, path)
     except BaseException:
         os.unlink(temporary)
@@ -211,6 +215,11 @@ def load_model(path):
     path = os.fspath(path)
     if not os.path.exists(path):
         raise ModelFormatError(f"{path}: model file not found")
+    # Checked first because np.load falls back to unpickling a file that is not a zip
+    # archive, and returns a bare array for a .npy file.
+    if not zipfile.is_zipfile(path):
+        raise ModelFormatError(f"{path}: not a zip archive; a model file is an .npz archive "
+                               f"written by numpy.savez")
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {}
@@ -453,9 +462,13 @@ def _parse_layer(check, entry, where, index, count, in_shape, previous):
         out_shape = (out_features, height, width)
         extra = dict(kernel=kernel, stride=stride, padding=padding, pool=pool)
 
-    weight_bits = unpack_bits(
-        check.array(f"{name}.weight_bits", np.uint8, (m_bases, out_features, -(-fan_in // 8))),
-        fan_in)
+    packed = check.array(f"{name}.weight_bits", np.uint8,
+                         (m_bases, out_features, -(-fan_in // 8)))
+    if fan_in % 8 and np.any(packed[..., -1] >> (fan_in % 8)):
+        check.fail(f"array '{name}.weight_bits'",
+                   f"bits past the {fan_in} weights of a row are set; the last byte of each "
+                   f"row must have bits {fan_in % 8} to 7 cleared")
+    weight_bits = unpack_bits(packed, fan_in)
     alpha = check.array(f"{name}.alpha", np.float64, (m_bases,))
 
     if input_bases is not None:
