@@ -6,7 +6,7 @@ The integer form of one layer, for coefficient width F bits (``coefficient_bits`
   compiler picks the scale S = (2^(F−1) − 1) / max|α_m·β_n| and the coefficients
   C[m, n] = round(α_m·β_n·S), so y = Σ C·d equals S·y_real with α_m·β_n replaced by
   C[m, n]/S.
-- The first layer sees P-bit pixels q with real value offset + scale_in·q. Writing q in
+- The first layer takes P-bit pixels q with real value offset + scale_in·q. Writing q in
   ±1 bit planes s_p gives Σ_k B_k·q_k = Σ_p 2^(p−1)·(B·s_p) + (2^P − 1)/2·Σ_k B_k,
   so the layer is P planes with exact scales 2^(p−1) plus a per-channel constant:
   C[m, p] = a_m·2^p with a_m = round(α_m·S), S = (2^(F−1) − 1)/max|α|, and
@@ -171,6 +171,12 @@ def compile_model(model, *, folding=None, target_cycles=DEFAULT_TARGET_CYCLES,
     if target_cycles < 1:
         raise CompileError(f"target_cycles must be at least 1, found {target_cycles}")
 
+    last = model.layers[-1]
+    if last.type == "conv2d":
+        raise CompileError(f"layer {last.name}: the last layer is a convolution, but the "
+                           f"hardware emits scores only from a dense layer; end the network "
+                           f"with a dense layer over the flattened map")
+
     layers = []
     previous_shape = model.input.shape
     for index, layer in enumerate(model.layers):
@@ -191,8 +197,9 @@ def compile_model(model, *, folding=None, target_cycles=DEFAULT_TARGET_CYCLES,
             out_bits = following.input_bases
             thresholds, polarity = _thresholds(layer, following, scale, const, y_bound)
         else:
-            # NOTE: only a first layer that is also the last has a nonzero constant; its
-            # offset is rounded to an integer, so ranking ties may differ from the float model.
+            # NOTE: only a first layer that is also the last has a nonzero constant. Its
+            # offset is rounded to an integer, so near-ties may rank differently than in
+            # the float model.
             score_offset = np.round(scale * const).astype(np.int64)
 
         geometry = {}
@@ -217,10 +224,4 @@ def compile_model(model, *, folding=None, target_cycles=DEFAULT_TARGET_CYCLES,
     return NetworkParams(name=model.name, input_shape=model.input.shape,
                          input_bits=model.input.bits, classes=model.classes,
                          layers=tuple(layers), coefficient_bits=coefficient_bits)
-
-
-def describe_folding(layers):
-    """One line per layer, for logs and error messages."""
-    return "; ".join(f"{p.name}: pe={p.pe} simd={p.simd} II={p.cycles_per_vector}"
-                     for p in layers)
 

@@ -137,3 +137,11 @@ def test_coefficient_bits_bound_coefficients():
         for params in net.layers[1:]:
             assert np.abs(params.coefficients).max() == (1 << (bits - 1)) - 1
             assert params.coefficient_width <= bits
+
+
+def test_convolution_as_last_layer_is_rejected():
+    model = random_model(np.random.default_rng(0), input_shape=(1, 6, 6), input_bits=2, layers=[
+        dict(type="conv2d", out=4, m=1, kernel=(3, 3), stride=(1, 1), padding=(0, 0)),
+        dict(type="conv2d", out=3, m=1, n=1, kernel=(4, 4), stride=(1, 1), padding=(0, 0))])
+    with pytest.raises(CompileError, match="layer layer1: the last layer is a convolution"):
+        compile_model(model)
