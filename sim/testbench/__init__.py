@@ -1,0 +1,1 @@
+"""cocotb verification of the generated Verilog: stream agents, tests and a runner."""
