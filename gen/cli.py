@@ -43,8 +43,9 @@ def add_compile_options(parser):
                              "processed per cycle; both must divide the layer (repeatable)")
     parser.add_argument("--target-cycles", type=int, default=DEFAULT_TARGET_CYCLES,
                         metavar="CYCLES",
-                        help="for layers without --fold, the cheapest folding whose cycles per "
-                             f"input vector are at most CYCLES (default {DEFAULT_TARGET_CYCLES})")
+                        help="for layers without --fold, the cheapest folding whose engine "
+                             "cycles per image (cycles per input vector times output "
+                             f"positions) are at most CYCLES (default {DEFAULT_TARGET_CYCLES})")
     parser.add_argument("--coef-bits", type=int, default=DEFAULT_COEFFICIENT_BITS, metavar="BITS",
                         help="width in bits of the signed fixed-point coefficients that replace "
                              f"alpha·beta (default {DEFAULT_COEFFICIENT_BITS})")
@@ -126,6 +127,14 @@ def build_parser():
     evaluate_parser.add_argument("--dataset", help="data set name (default: the one the model "
                                                    "records)")
     evaluate_parser.set_defaults(handler=command_evaluate)
+
+    # Board builds and the UART host client, in their own modules.
+    from .synth import add_synth_commands
+    add_synth_commands(commands)
+    from .host import add_host_commands
+    add_host_commands(commands)
+    from .bench import add_bench_command
+    add_bench_command(commands)
     return parser
 
 

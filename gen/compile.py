@@ -159,7 +159,8 @@ def compile_model(model, *, folding=None, target_cycles=DEFAULT_TARGET_CYCLES,
     """Turn a loaded ``weights.format.Model`` into ``NetworkParams``.
 
     ``folding`` maps layer names to (pe, simd); layers not in it get the cheapest folding
-    whose cycles per vector are at most ``target_cycles``.
+    whose engine cycles per image (cycles per vector times output positions) are at most
+    ``target_cycles``, or the fastest folding when none is.
     """
     folding = dict(folding or {})
     unknown = sorted(set(folding) - {layer.name for layer in model.layers})
@@ -185,7 +186,13 @@ def compile_model(model, *, folding=None, target_cycles=DEFAULT_TARGET_CYCLES,
             pe, simd = folding[layer.name]
             _check_folding(layer, fan_in, pe, simd)
         else:
-            pe, simd = choose_folding(fan_in, layer.out_features, target_cycles)
+            # A convolution runs its engine once per output position, so its share of
+            # the per-image budget is divided among the positions.
+            positions = 1
+            if layer.type == "conv2d":
+                positions = layer.conv_shape[1] * layer.conv_shape[2]
+            pe, simd = choose_folding(fan_in, layer.out_features,
+                                      max(1, target_cycles // positions))
 
         coefficients, scale, const = _coefficients(model, layer, coefficient_bits)
         in_bits = model.input.bits if layer.input_bases is None else layer.input_bases

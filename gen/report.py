@@ -74,9 +74,9 @@ def report_markdown(report):
         f"- latency, input transfer to result valid: **{report['latency']}** cycles",
         f"- memory: {report['memory_bits']} bits ({report['memory_bits'] / 1024:.1f} kbit)",
         "",
-        "| layer | type | K | O | M | bits in | bits out | PE | SIMD | II | latency "
-        "| popcount | y | threshold/score | weight bits | threshold bits |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| layer | type | K | O | M | bits in | bits out | PE | SIMD | II | cycles/image "
+        "| latency | popcount | y | threshold/score | weight bits | threshold bits |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for layer in report["layers"]:
         widths = layer["widths"]
@@ -85,9 +85,11 @@ def report_markdown(report):
             f"| {layer['name']} | {layer['type']} | {layer['in_features']} "
             f"| {layer['out_features']} | {layer['weight_bases']} | {layer['in_bits']} "
             f"| {layer['out_bits'] or '-'} | {layer['pe']} | {layer['simd']} "
-            f"| {layer['cycles_per_vector']} | {layer['latency']} | {widths['popcount']} "
+            f"| {layer['cycles_per_vector']} | {layer['cycles_per_image']} "
+            f"| {layer['latency']} | {widths['popcount']} "
             f"| {widths['y']} | {last} | {layer['memory_bits']['weights']} "
             f"| {layer['memory_bits']['thresholds']} |")
     lines.append("")
-    lines.append("Widths are in bits; II is cycles per input vector (K/SIMD · O/PE).")
+    lines.append("Widths are in bits. II is the engine's cycles per input vector "
+                 "(K/SIMD · O/PE); a convolution runs it once per output position.")
     return "\n".join(lines) + "\n"

@@ -52,7 +52,7 @@ def test_fold_not_dividing_layer(model_path, capsys):
 def test_help_names_units():
     text = build_parser()._subparsers._group_actions[0].choices["compile"].format_help()
     text = " ".join(text.split())
-    assert "cycles per input vector" in text
+    assert "cycles per image" in text
     assert "width in bits" in text
     assert "PE output channels and SIMD input elements" in text
 
