@@ -28,7 +28,7 @@ help: ## List the targets
 	@echo "Usage: make TARGET [VARIABLE=value ...]"
 	@echo
 	@grep -E '^[a-z][a-z_-]*:.*## ' $(MAKEFILE_LIST) \
-		| sed -E 's/^([a-z_-]+):.*## (.*)$$/  \1\t\2/' | expand -t 14
+		| sed -E 's/^([a-z_-]+):.*## (.*)$$/  \1\t\2/' | expand -t 16
 	@echo
 	@echo "Variables: PYTHON=$(PYTHON) VENV=$(VENV) MODEL=$(MODEL) BUILD=$(BUILD)"
 
@@ -74,6 +74,12 @@ simulators: ## Check for iverilog, g++ and perl; install them with apt-get as ro
 
 verilog: $(SETUP_STAMP) ## Compile MODEL to Verilog and reports in BUILD (default: build)
 	$(VENV)/bin/abcnet compile $(MODEL) -o $(BUILD)
+
+# --- model side ---------------------------------------------------------------------
+
+.PHONY: accuracy-grid
+accuracy-grid: $(SETUP_STAMP) ## Train the (M, N) accuracy grid on digits and MNIST-1D into results/ (about 17 min)
+	$(VENV_PYTHON) -m weights.grid --output results
 
 # --- verification -------------------------------------------------------------------
 

@@ -30,7 +30,7 @@ __all__ = ["CompileError", "compile_model", "choose_folding", "DEFAULT_COEFFICIE
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_COEFFICIENT_BITS = 8
+DEFAULT_COEFFICIENT_BITS = 12
 DEFAULT_TARGET_CYCLES = 512
 
 

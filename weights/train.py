@@ -27,7 +27,7 @@ __all__ = ["TrainingConfig", "build_network", "train", "main", "ARCHITECTURES"]
 
 log = logging.getLogger("weights.train")
 
-ARCHITECTURES = ("mlp", "cnn")
+ARCHITECTURES = ("mlp", "cnn", "cnn3", "cnn1d")
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,7 @@ def build_network(architecture, dataset, weight_bases, input_bases, *,
     cnn: two 3×3 convolutions (16 and 32 channels, padding 1), each followed by a 2×2
     max-pool, then a dense layer to the classes. An image axis of length 1 gets kernel,
     padding and pool 1 on that axis.
+    cnn3 and cnn1d: see ``_cnn3_specs`` and ``_cnn1d_specs``.
     """
     if architecture == "mlp":
         specs = [DenseSpec(128), DenseSpec(128), DenseSpec(dataset.classes)]
@@ -70,11 +71,56 @@ def build_network(architecture, dataset, weight_bases, input_bases, *,
                  ConvSpec(32, kernel=kernel, padding=padding, pool=pool),
                  DenseSpec(dataset.classes)]
         input_spec = dataset.input_spec(flatten=False)
+    elif architecture == "cnn3":
+        specs = _cnn3_specs(dataset)
+        input_spec = dataset.input_spec(flatten=False)
+    elif architecture == "cnn1d":
+        specs = _cnn1d_specs(dataset)
+        input_spec = dataset.input_spec(flatten=False)
     else:
         raise ValueError(f"unknown architecture {architecture!r}; expected one of "
                          f"{', '.join(ARCHITECTURES)}")
     return ABCNet(input_spec, specs, weight_bases, input_bases, alpha_ridge=alpha_ridge,
                   bn_eps=bn_eps)
+
+
+def _cnn3_specs(dataset):
+    """Return the layers of cnn3, a CNN for small images such as the 8×8 digits.
+
+    Three 3×3 convolutions with padding 1 (16, 32 and 32 channels), the second and the
+    third followed by a 2×2 max-pool, then a dense layer to the classes. An 8×8 image
+    leaves 32 channels of 2×2, and the network has 15248 weights per base.
+    """
+    _, height, width = dataset.shape
+    if height < 4 or width < 4:
+        raise ValueError(f"cnn3 needs images of at least 4×4 because it pools twice by 2×2, "
+                         f"but data set {dataset.name!r} has {height}×{width}; use cnn1d or mlp")
+    pool = PoolSpec(kernel=(2, 2), stride=(2, 2))
+    return [ConvSpec(16, kernel=(3, 3), padding=(1, 1)),
+            ConvSpec(32, kernel=(3, 3), padding=(1, 1), pool=pool),
+            ConvSpec(32, kernel=(3, 3), padding=(1, 1), pool=pool),
+            DenseSpec(dataset.classes)]
+
+
+def _cnn1d_specs(dataset):
+    """Return the layers of cnn1d, a CNN for signals stored as 1×W images, such as MNIST-1D.
+
+    Convolutions 1×5 (32 channels, no padding), 1×5 (32 channels, padding 2) and 1×3 (32
+    channels, padding 1), the first two followed by a 1×2 max-pool, then a dense layer
+    to the classes. The first convolution has no padding because the format pads the
+    pixels with q = 0, whose real value is the data set's offset, and for a signal
+    centred on 0 that is far outside the signal. A 1×40 signal leaves 32 channels of
+    1×9, and the network has 11232 weights per base.
+    """
+    _, height, width = dataset.shape
+    if height != 1 or width < 8:
+        raise ValueError(f"cnn1d needs 1×W images with W ≥ 8, but data set "
+                         f"{dataset.name!r} has {height}×{width}; use cnn or cnn3")
+    pool = PoolSpec(kernel=(1, 2), stride=(1, 2))
+    return [ConvSpec(32, kernel=(1, 5), pool=pool),
+            ConvSpec(32, kernel=(1, 5), padding=(0, 2), pool=pool),
+            ConvSpec(32, kernel=(1, 3), padding=(0, 1)),
+            DenseSpec(dataset.classes)]
 
 
 def accuracy(network, pixels, labels):
@@ -173,7 +219,10 @@ def _parse_arguments(argv):
                         help="data set (default: %(default)s)")
     parser.add_argument("--arch", choices=ARCHITECTURES, default=defaults.architecture,
                         help="network preset: mlp is features → 128 → 128 → classes, cnn is "
-                             "two 3×3 convolutions with 2×2 max-pools and a dense layer "
+                             "two 3×3 convolutions with 2×2 max-pools and a dense layer, "
+                             "cnn3 is three 3×3 convolutions with two 2×2 max-pools and a "
+                             "dense layer, cnn1d is three 1×k convolutions with two 1×2 "
+                             "max-pools and a dense layer, for 1×W signals "
                              "(default: %(default)s)")
     parser.add_argument("-M", "--weight-bases", type=int, default=defaults.weight_bases,
                         help="binary weight bases M per layer (default: %(default)s)")
