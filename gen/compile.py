@@ -87,7 +87,7 @@ def _hardware_order(layer, previous_shape):
         kh, kw = layer.kernel
         return bits.reshape(m_bases, outputs, channels, kh, kw).transpose(0, 1, 3, 4, 2) \
                    .reshape(m_bases, outputs, -1)
-    if len(previous_shape) == 3:
+    if previous_shape is not None and len(previous_shape) == 3:
         # A dense layer after a convolution: PyTorch flattens (channel, row, column), the
         # hardware streams (row, column, channel).
         channels, height, width = previous_shape
@@ -218,7 +218,9 @@ def compile_model(model, *, folding=None, target_cycles=DEFAULT_TARGET_CYCLES,
         params = LayerParams(
             name=layer.name, type=layer.type, in_features=fan_in,
             out_features=layer.out_features, in_bits=in_bits, m_bases=layer.weight_bases,
-            weights=_hardware_order(layer, previous_shape).astype(np.uint8),
+            # A dense first layer takes the image in the model's own flattening order, so
+            # only layers fed by a convolution are permuted.
+            weights=_hardware_order(layer, previous_shape if index else None).astype(np.uint8),
             coefficients=coefficients, scale=float(scale), output=layer.output,
             out_bits=out_bits, thresholds=thresholds, polarity=polarity,
             score_offset=score_offset, pe=pe, simd=simd, **geometry)

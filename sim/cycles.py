@@ -85,7 +85,7 @@ def network_timing(net):
 # --- networks with convolutions: the cycle-stepped model -------------------------------
 
 # Images streamed before the model gives up finding a repeating pipeline state.
-MAX_IMAGES = 64
+MAX_IMAGES = 1024
 
 
 def _stages(net):

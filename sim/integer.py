@@ -176,10 +176,11 @@ def network_forward(net, pixels):
     if pixels.min(initial=0) < 0 or pixels.max(initial=0) > limit:
         raise ValueError(f"pixels must lie in [0, {limit}] for {net.input_bits}-bit input, "
                          f"found [{pixels.min()}, {pixels.max()}]")
-    if len(net.input_shape) == 3:
+    if net.layers[0].type == "conv2d":
         values = pixels.transpose(0, 2, 3, 1)      # hardware order: (row, column, channel)
     else:
-        values = pixels
+        # A dense first layer takes the pixels in the model's flattening order.
+        values = pixels.reshape(pixels.shape[0], -1)
     activations = []
     for params in net.layers:
         if params.type == "conv2d":

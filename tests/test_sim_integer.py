@@ -90,7 +90,12 @@ def _conv_model(rng):
         dict(type="dense", out=5, m=3, n=3)])
 
 
-@pytest.mark.parametrize("make_model", [_dense_model, _conv_model])
+def _dense_on_image_model(rng):
+    return random_model(rng, input_shape=(2, 3, 4), input_bits=3, layers=[
+        dict(type="dense", out=12, m=2), dict(type="dense", out=5, m=2, n=2)])
+
+
+@pytest.mark.parametrize("make_model", [_dense_model, _conv_model, _dense_on_image_model])
 def test_integer_model_tracks_float_model(make_model):
     """With wide coefficients the integer form must reproduce the float model's bits."""
     rng = np.random.default_rng(21)
