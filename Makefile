@@ -30,7 +30,7 @@ help: ## List the targets
 	@grep -E '^[a-z][a-z_-]*:.*## ' $(MAKEFILE_LIST) \
 		| sed -E 's/^([a-z_-]+):.*## (.*)$$/  \1\t\2/' | expand -t 16
 	@echo
-	@echo "Variables: PYTHON=$(PYTHON) VENV=$(VENV) MODEL=$(MODEL) BUILD=$(BUILD)"
+	@echo "Variables: PYTHON=$(PYTHON) VENV=$(VENV) MODEL=$(MODEL) BUILD=$(BUILD) BOARD=$(BOARD)"
 
 # --- set-up -------------------------------------------------------------------------
 
@@ -87,9 +87,19 @@ test: $(SETUP_STAMP) simulators ## Run every test, slow simulations included
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV_PYTHON) -m pytest -ra $(PYTEST_ARGS)
 
 # --- benchmarks and FPGA builds -----------------------------------------------------
-# Targets to come here: bench (accuracy and cycle counts of the shipped models),
-# synth BOARD=... (synthesis report) and bitstream BOARD=... (place, route and pack).
+# synth and bitstream build MODEL's UART board top for BOARD (icebreaker or ulx3s-85f)
+# with the board's preset for the model; see docs/boards.md.
 
 .PHONY: bench
 bench: $(SETUP_STAMP) simulators ## Measure the shipped models, write BENCHMARKS.md (slow; options in BENCH_ARGS)
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/abcnet bench $(BENCH_ARGS)
+
+# Board for synth and bitstream.
+BOARD ?= icebreaker
+
+.PHONY: synth bitstream
+synth: $(SETUP_STAMP) ## Place and route MODEL for BOARD; resources and Fmax in BUILD/MODEL-BOARD.synth.md (minutes)
+	$(VENV)/bin/abcnet synth $(MODEL) --board $(BOARD) -o $(BUILD)
+
+bitstream: $(SETUP_STAMP) ## Build MODEL for BOARD and write its bitstream to BUILD, if timing is met
+	$(VENV)/bin/abcnet bitstream $(MODEL) --board $(BOARD) -o $(BUILD)
