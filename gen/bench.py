@@ -315,13 +315,16 @@ def _measured_timing(net, pixels):
 
 def _cocotb_run(net, pixels, build_dir, simulator):
     """Run the cocotb test that asserts results, latency and every interval between
-    results against the models. Returns a record, with ``error`` set when it failed or
-    could not run."""
+    results against the models. Returns a record, with ``not_run`` set when the testbench
+    does not support the network and ``error`` when the run failed or could not start."""
     from sim.testbench.runner import CocotbTestFailure, run_cocotb
 
     record = {"simulator": simulator, "images": len(pixels), "test": COCOTB_TIMING_TEST}
+    # The testbench takes (images, features) for a dense first layer, else (images, C, H, W).
+    if net.layers[0].type != "conv2d":
+        pixels = pixels.reshape(len(pixels), -1)
     try:
-        run = run_cocotb(net, pixels.reshape(len(pixels), -1), build_dir, simulator=simulator,
+        run = run_cocotb(net, pixels, build_dir, simulator=simulator,
                          testcases=[COCOTB_TIMING_TEST])
     except NotImplementedError as error:
         record["not_run"] = str(error)

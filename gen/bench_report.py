@@ -284,8 +284,8 @@ def _macs_section(record):
                if entry.get("macs_per_cycle_per_lut")]
     if per_lut:
         lines += [f"The designs above reach {min(per_lut):.2g} to {max(per_lut):.2g} binary "
-                  f"MACs per cycle per LUT4, {finn_ratio / max(per_lut):.0f} to "
-                  f"{finn_ratio / min(per_lut):.0f} times less than FINN's figure.", ""]
+                  f"MACs per cycle per LUT4, {finn_ratio / max(per_lut):.2g} to "
+                  f"{finn_ratio / min(per_lut):.2g} times less than FINN's figure.", ""]
     lines += [_source(record), ""]
     return lines
 

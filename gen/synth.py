@@ -16,6 +16,7 @@ bitstream out, refusing a design that fails timing unless asked not to.
 
 import json
 import logging
+import math
 import os
 import re
 import signal
@@ -94,8 +95,10 @@ BOARDS = {
             # multipliers and the registers that hold whole vectors do not shrink with
             # folding. 5-bit coefficients give the test accuracy of 8 and 12 bits
             # (abcnet evaluate: 98.06 %).
+            # SIMD=1 in layer0 and layer2 keeps the 8192 cycles per image that layer1 sets
+            # with SIMD=2, and saves 52 logic cells over SIMD=2 everywhere (docs/boards.md).
             "digits-mlp": BoardPreset(
-                folding={"layer0": (1, 2), "layer1": (1, 2), "layer2": (1, 2)},
+                folding={"layer0": (1, 1), "layer1": (1, 2), "layer2": (1, 1)},
                 coefficient_bits=5),
         },
     ),
@@ -212,15 +215,12 @@ class _Progress:
         self.report = report
         self.started = time.monotonic()
         self.step = None
-        self.step_started = {}
 
     def poll(self):
         step = self._current_step()
         if step != self.step:
-            now = time.monotonic()
-            self.step_started[step] = now
             self.step = step
-            self.report(f"[{now - self.started:5.0f} s] {step}")
+            self.report(f"[{time.monotonic() - self.started:5.0f} s] {step}")
 
     def heartbeat(self):
         self.report(f"[{time.monotonic() - self.started:5.0f} s] {self.step} ...")
@@ -518,7 +518,9 @@ def synth_report_markdown(report):
     lines += ["", "| resource | cell | used | available | use |", "|---|---|---|---|---|"]
     for name, entry in report["resources"].items():
         used, available = entry["used"], entry["available"]
-        share = "" if used is None or not available else f"{100 * used / available:.0f} %"
+        # Rounded down, so that a full device never shows as 100 % until it is.
+        share = ("" if used is None or not available
+                 else f"{math.floor(1000 * used / available) / 10:.1f} %")
         lines.append(f"| {name.replace('_', ' ')} | {entry['cell']} "
                      f"| {'-' if used is None else used} "
                      f"| {'-' if available is None else available} | {share} |")

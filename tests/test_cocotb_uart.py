@@ -1,6 +1,6 @@
 """The accelerator behind its UART under cocotb, driven bit by bit on the serial line,
-every answer compared with the golden model: the converted Verilog, and the iCE40
-gate-level netlist, both under Verilator."""
+with every result compared with the golden model. The converted Verilog and the iCE40
+gate-level netlist both run under Verilator."""
 
 import sys
 from pathlib import Path
@@ -55,7 +55,7 @@ def test_uart_random_model(tmp_path):
 
 @pytest.mark.slow
 def test_uart_digits_mlp_with_host_client(tmp_path):
-    """The shipped MLP with the iCEBreaker preset on 8 digits test images; then the host
+    """The shipped MLP with the iCEBreaker preset on 8 digits test images. Then the host
     client, a separate process, sends the first 3 again through a pseudo terminal."""
     net = shipped_net_for("icebreaker")
     host = [sys.executable, "-m", "gen.cli", "uart-client", str(SHIPPED_MODEL), "--board",

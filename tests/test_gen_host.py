@@ -30,7 +30,7 @@ def run_client(capsys, *arguments):
     return status, captured.out, captured.err
 
 
-def test_client_answers_equal_golden(shipped_net, capsys):
+def test_client_results_equal_golden(shipped_net, capsys):
     with DeviceModel(shipped_net) as device:
         status, out, err = run_client(capsys, SHIPPED_MODEL, "--port", device.port,
                                       "--count", 6, "--start", 10, "--json")

@@ -68,7 +68,7 @@ def test_toolchain_environment_defaults():
 def test_board_preset_fills_and_yields():
     board = BOARDS["icebreaker"]
     folding, bits = board_compile_options(board, "digits-mlp", {"layer1": (2, 4)}, None)
-    assert folding == {"layer0": (1, 2), "layer1": (2, 4), "layer2": (1, 2)}
+    assert folding == {"layer0": (1, 1), "layer1": (2, 4), "layer2": (1, 1)}
     assert bits == 5
     assert board_compile_options(board, "digits-mlp", {}, 8)[1] == 8
     assert board_compile_options(board, "other", {}, None) == ({}, DEFAULT_COEFFICIENT_BITS)
@@ -112,6 +112,7 @@ def test_synth_rejects_unknown_board(capsys):
     assert "invalid choice: 'arty'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_generic_synth_of_core(tmp_path):
     """Yosys's generic synthesis of the shipped model's core with the iCEBreaker preset:
     generic cells only, the weight and threshold memories kept as memories."""

@@ -1,6 +1,6 @@
 """The UART front end of the accelerator, in Amaranth's simulator.
 
-These tests use small random networks so that they run in seconds; the cocotb tests in
+These tests use small random networks, so they run in seconds. The cocotb tests in
 ``test_cocotb_uart.py`` run the shipped model through converted Verilog and a gate-level
 netlist.
 """
@@ -75,7 +75,8 @@ def run_serial(dut, script, *, cycles):
                 bits.append(tx)
                 countdown = DIVISOR
                 if len(bits) == 10:
-                    assert bits[0] == 0 and bits[9] == 1, f"bad framing {bits}"
+                    assert bits[0] == 0, f"start bit {bits}"
+                    assert bits[9] == 1, f"stop bit {bits}"
                     received.append(sum(bit << i for i, bit in enumerate(bits[1:9])))
                     countdown = None
 
@@ -136,7 +137,7 @@ def test_conv_first_network():
 
 
 def test_conv_first_abort_fills_and_drops():
-    """An abandoned request leaves part of an image in the convolution's line buffers; the
+    """An abandoned request leaves part of an image in the convolution's line buffers. The
     device completes it with zeros and drops that response, so the next image is right."""
     net = conv_net()
     info = protocol.device_info(net)
@@ -216,7 +217,7 @@ def test_board_top_needs_platform():
                    "led_1__io"}),
 ])
 def test_board_top_requests_only_clock_uart_leds(board, expected):
-    """The board top asks for the clock, the UART and as many LEDs as the label has bits
+    """The board top requests the clock, the UART and as many LEDs as the label has bits
     (2 for 4 classes), where the board has them."""
     from gen.synth import BOARDS
 
